@@ -95,8 +95,11 @@ class Pusher:
         for o in dead:
             log.warning("[%s] batch %s: %s %s dead-lettered: %s: %s", self.name, batch.batch_id,
                         o.row.domain, o.row.key, o.reason, o.message)
-        outbox.finish_batch(self.db, claimed, outcomes, started_at=started, requests=tries.requests,
-                            status="ok" if not dead else "partial")
+        outbox.finish_batch(
+            self.db, claimed, outcomes, started_at=started, requests=tries.requests,
+            status="partial" if dead else "ok", reason=dead[0].reason if dead else None,
+            message=f"{len(dead)} change(s) dead-lettered, first: {dead[0].row.key}: {dead[0].message}" if dead else None,
+        )
         return True
 
     async def _send_with_retries(self, batch: Batch, tries: _Tries) -> list[ChangeResult]:

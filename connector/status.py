@@ -15,19 +15,26 @@ from state.db import utc_now
 
 
 def _age(moment: datetime | None, now: datetime) -> str:
-    return "never" if moment is None else f"{format_duration(max((now - moment).total_seconds(), 0))} ago"
+    if moment is None:
+        return "never"
+    seconds = (now - moment).total_seconds()
+    return "<1s ago" if seconds < 1 else f"{format_duration(round(seconds))} ago"
 
 
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+def _when(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    return moment.strftime("%H:%M:%S" if moment.date() == now.date() else "%Y-%m-%d %H:%M")
 
 
 def status_tables(db, config: Config) -> Group:
     """Per-domain and per-channel tables for one look at the daemon."""
     now = utc_now()
-    domains = Table(title="domains", title_justify="left", expand=False)
-    for column in ("domain", "last poll", "result", "watermark", "lag", "seen", "changed", "changed/1h", "quarantined", "records"):
-        domains.add_column(column, justify="right" if column not in ("domain", "result", "watermark") else "left")
+    domains = Table(title="domains", title_justify="left", expand=False, caption_justify="left",
+                    caption="seen, changed: the last poll; 1h: changes in the last hour; "
+                            "quar.: records in quarantine; records: records known")
+    for column in ("domain", "last poll", "result", "watermark", "lag", "seen", "changed", "1h", "quar.", "records"):
+        domains.add_column(column, justify="right" if column not in ("domain", "result") else "left")
     for row, (name, cfg) in zip(status.domain_statuses(db, [d for d, _ in config.domains.items()]), config.domains.items()):
         lag = (now - row.watermark).total_seconds() if row.watermark else None
         stale = lag is None or lag > 3 * cfg.interval.total_seconds() + cfg.lookback.total_seconds()
@@ -40,13 +47,14 @@ def status_tables(db, config: Config) -> Group:
         else:
             result = Text("not polled yet", style="dim")
         domains.add_row(
-            name, _age(row.last_poll_at, now), result, _when(row.watermark),
-            Text("-" if lag is None else format_duration(lag), style="yellow" if stale and lag is not None else ""),
+            name, _age(row.last_poll_at, now), result, _when(row.watermark, now),
+            Text("-" if lag is None else format_duration(round(lag)), style="yellow" if stale and lag is not None else ""),
             str(row.records), str(row.changed), str(row.changed_last_hour),
             Text(str(row.quarantined_open), style="red" if row.quarantined_open else ""), str(row.snapshots),
         )
-    channels = Table(title="channels", title_justify="left", expand=False)
-    for column in ("channel", "pending", "oldest pending", "sent", "sent/1h", "dead letters", "last push", "last error"):
+    channels = Table(title="channels", title_justify="left", expand=False, caption_justify="left",
+                     caption="pending: changes waiting; oldest: age of the oldest; dead: dead letters not resolved")
+    for column in ("channel", "pending", "oldest", "sent", "1h", "dead", "last push", "last error"):
         channels.add_column(column, justify="left" if column in ("channel", "last error") else "right")
     for row in status.channel_statuses(db, list(config.channels)):
         channels.add_row(
