@@ -40,8 +40,8 @@ def _load(path: Path) -> Config:
 def check(config: ConfigOption) -> None:
     """Validate a configuration: every problem with its line and key, or what it would run."""
     cfg = _load(config)
-    domains = Table(title=f"domains ({config})", title_justify="left")
-    for column in ("domain", "interval", "lookback", "full resync", "path", "pagination", "channels"):
+    domains = Table(title=f"domains (endpoints on {cfg.erp.base_url})", title_justify="left")
+    for column in ("domain", "interval", "lookback", "full resync", "endpoint", "pagination", "channels"):
         domains.add_column(column)
     for name, d in cfg.domains.items():
         domains.add_row(

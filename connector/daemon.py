@@ -30,7 +30,11 @@ async def run_daemon(config: Config, env: Mapping[str, str] | None = None, stop:
     stop = stop or asyncio.Event()
     state_path = config.state_path()
     owner = lock.acquire(state_path)  # StateLocked propagates: the caller explains it
-    db = open_state(state_path)
+    try:
+        db = open_state(state_path)
+    except BaseException:
+        owner.release()
+        raise
     polls.close_abandoned_polls(db)
     polls.prune_runs(db)
     if config.daemon.metrics_listen:
@@ -93,7 +97,7 @@ async def run_daemon(config: Config, env: Mapping[str, str] | None = None, stop:
     for client in clients.values():
         await client.aclose()
     for pusher in pushers.values():
-        await pusher.adapter.client.aclose()
+        await pusher.adapter.aclose()
     db.conn.close()
     owner.release()
     for signum in (signal.SIGINT, signal.SIGTERM):

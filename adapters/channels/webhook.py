@@ -41,6 +41,10 @@ class WebhookChannel:
         self.client = client
         self.secret = env[cfg.secret_env] if cfg.secret_env else None
 
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
     async def send(self, batch: Batch) -> list[ChangeResult]:
         """Deliver one batch; raise SendError when the batch as a whole was not applied."""
         body = webhook_body(batch)
