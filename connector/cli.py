@@ -41,8 +41,8 @@ def check(config: ConfigOption) -> None:
     """Validate a configuration: every problem with its line and key, or what it would run."""
     cfg = _load(config)
     domains = Table(title=f"domains (endpoints on {cfg.erp.base_url})", title_justify="left")
-    for column in ("domain", "interval", "lookback", "full resync", "endpoint", "pagination", "channels"):
-        domains.add_column(column)
+    for column in ("domain", "every", "lookback", "resync", "endpoint", "paging", "channels"):
+        domains.add_column(column, overflow="fold", no_wrap=column != "channels")
     for name, d in cfg.domains.items():
         domains.add_row(
             name, format_duration(d.interval), format_duration(d.lookback),
@@ -52,7 +52,7 @@ def check(config: ConfigOption) -> None:
         )
     channels = Table(title="channels", title_justify="left")
     for column in ("channel", "kind", "domains", "rate", "burst", "batch", "target"):
-        channels.add_column(column)
+        channels.add_column(column, overflow="fold", no_wrap=column not in ("domains", "target"))
     for name, c in cfg.channels.items():
         channels.add_row(name, c.kind, ", ".join(c.domains), f"{c.max_requests_per_second:g}/s", str(c.burst),
                          str(c.batch_size), c.url)
