@@ -114,8 +114,13 @@ def utc_now() -> datetime:
 
 
 def stamp(moment: datetime | None = None) -> str:
-    """A UTC instant in the one fixed text form the store uses, so text order is time order."""
+    """A UTC instant in the one fixed text form the store uses, so text order is time order.
+
+    A naive datetime is taken as UTC (as the canonical models do), never as the host's local time.
+    """
     moment = moment or utc_now()
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
