@@ -122,7 +122,7 @@ class Pusher:
                         tries.transient += 1
                     elif exc.kind == "rate_limited":
                         tries.rate_limited += 1
-                        self.bucket.pause(exc.retry_after or 1.0)
+                        self.bucket.pause(_retry_after(exc))
                     elif exc.kind == "unreachable":
                         tries.unreachable += 1
                         outbox.record_push_failure(self.db, batch.channel, batch.batch_id, len(batch.changes),
@@ -143,7 +143,7 @@ class Pusher:
     def _wait(self, state: RetryCallState, tries: _Tries) -> float:
         exc = state.outcome.exception()
         if exc.kind == "rate_limited":
-            return exc.retry_after or 1.0  # the bucket is paused for as long; take() waits it out
+            return _retry_after(exc)  # the bucket is paused for as long; take() waits it out
         if exc.kind == "unreachable":
             return self._unreachable_backoff(_attempt_state(state, tries.unreachable))
         return self._backoff(_attempt_state(state, tries.transient))
@@ -152,6 +152,11 @@ class Pusher:
         exc = state.outcome.exception()
         log.warning("[%s] batch %s: %s (%s), retrying in %.1fs", self.name, batch.batch_id, exc.reason, exc,
                     state.upcoming_sleep)
+
+
+def _retry_after(exc: SendError) -> float:
+    """The channel's Retry-After in seconds; 0 means "now", only a missing one defaults to 1 s."""
+    return 1.0 if exc.retry_after is None else exc.retry_after
 
 
 def _attempt_state(state: RetryCallState, attempt_number: int) -> RetryCallState:
