@@ -32,6 +32,19 @@ def assert_converged(erp, shop) -> int:
     return matched
 
 
+def start_after_first_sync(erp, shop, tmp_path) -> Daemon:
+    """A daemon on both simulators that has pushed the initial load (120 products x 3 domains)."""
+    config = tmp_path / "erpsync.toml"
+    config.write_text(daemon_toml(erp.url, shop.url))
+    daemon = Daemon(config).start()
+    try:
+        wait_for(lambda: shop.get("/_sim/stats")["changes_applied"] >= 360, 30, what="the first sync")
+    except BaseException:
+        daemon.terminate()
+        raise
+    return daemon
+
+
 def test_sigkill_ten_times_while_the_erp_changes_loses_nothing_and_never_regresses(sims, tmp_path):
     erp, shop = sims
     config = tmp_path / "erpsync.toml"
@@ -131,11 +144,8 @@ def test_the_erp_budget_is_never_exceeded(tmp_path):
 
 def test_an_erp_outage_fails_polls_softly_and_the_daemon_catches_up(sims, tmp_path):
     erp, shop = sims
-    config = tmp_path / "erpsync.toml"
-    config.write_text(daemon_toml(erp.url, shop.url))
-    daemon = Daemon(config).start()
+    daemon = start_after_first_sync(erp, shop, tmp_path)
     try:
-        wait_for(lambda: shop.get("/_sim/stats")["changes_applied"] >= 360, 30, what="the first sync")
         erp.post("/_sim/faults", {"outage": True})
         time.sleep(4)  # the ERP keeps changing while erpsync cannot reach it
         assert daemon.alive()
@@ -150,11 +160,8 @@ def test_an_erp_outage_fails_polls_softly_and_the_daemon_catches_up(sims, tmp_pa
 
 def test_a_bad_record_is_quarantined_and_the_rest_of_its_page_syncs(sims, tmp_path):
     erp, shop = sims
-    config = tmp_path / "erpsync.toml"
-    config.write_text(daemon_toml(erp.url, shop.url))
-    daemon = Daemon(config).start()
+    daemon = start_after_first_sync(erp, shop, tmp_path)
     try:
-        wait_for(lambda: shop.get("/_sim/stats")["changes_applied"] >= 360, 30, what="the first sync")
         erp.post("/_sim/freeze")
         erp.post("/_sim/bad", {"resource": "inventory", "item_code": "SKU-00007"})
         erp.post("/_sim/mutate", {"resource": "inventory", "item_code": "SKU-00008", "set": {"qty_on_hand": 4242}})
