@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlite_utils import Database
 
@@ -65,11 +65,13 @@ async def poll_once(
     *,
     stop: asyncio.Event | None = None,
     on_change: Callable[[], None] = lambda: None,
+    clock: Callable[[], datetime] = utc_now,
 ) -> PollOutcome:
-    """Read every record changed since watermark - lookback and commit the changes page by page."""
+    """Read every record changed since watermark - lookback (or what is settled) and commit page by page."""
     state = polls.domain_state(db, domain)
-    full = full_resync_due(cfg, state, utc_now())
-    since = None if full else state.watermark - cfg.lookback
+    started = clock()
+    full = full_resync_due(cfg, state, started)
+    since = None if full else poll_since(state, cfg.lookback)
     run_id = polls.start_poll(db, domain, since, full)
     requests_before = source.requests
     outcome = PollOutcome("ok")
@@ -77,7 +79,7 @@ async def poll_once(
     try:
         async for page in source.pages(since):
             _commit_page(db, domain, cfg, page.records, channels, run_id, full, reading, outcome,
-                         source.requests - requests_before)
+                         source.requests - requests_before, read_at=clock())
             if outcome.changed:
                 on_change()
             if stop is not None and stop.is_set():
@@ -106,6 +108,8 @@ async def poll_once(
             db, run_id, status=outcome.status, requests=source.requests - requests_before,
             reason=outcome.reason, message=outcome.message,
             full_resync_done=full and outcome.status == "ok",
+            settled=settled_by(state, cfg.lookback, started)
+            if outcome.status == "ok" and reading.ceiling is None and not reading.unsorted else None,
         )
     if outcome.status == "failed":
         log.warning("[%s] poll failed: %s: %s", domain, outcome.reason, outcome.message)
@@ -115,7 +119,29 @@ async def poll_once(
     return outcome
 
 
-def _commit_page(db, domain, cfg, raw_records, channels, run_id, full, reading, outcome, requests) -> None:
+def poll_since(state: polls.DomainState, lookback: timedelta) -> datetime:
+    """Where a poll starts reading: watermark - lookback, but never before what is already settled."""
+    since = state.watermark - lookback
+    return max(since, state.settled) if state.settled else since
+
+
+def settled_by(state: polls.DomainState, lookback: timedelta, started: datetime) -> datetime | None:
+    """What a complete poll that began at `started` proves was all read, so later polls need not re-read it.
+
+    The record at the watermark existed when we read it (`watermark_seen_at`), so the ERP's clock
+    then stood at or past the watermark. A record stamped at time t commits by t + lookback (what
+    the lookback promises), so every record stamped up to watermark + (started - seen_at) - lookback
+    had committed before this poll began, and the poll, reading from at most watermark - lookback,
+    saw it. Only elapsed time on our clock is used, never the ERP's clock, so skew does not matter.
+    Without this, an idle domain would re-read the last lookback window of changes on every poll.
+    """
+    if state.watermark is None or state.watermark_seen_at is None:
+        return None
+    return min(state.watermark, state.watermark + (started - state.watermark_seen_at) - lookback)
+
+
+def _commit_page(db, domain, cfg, raw_records, channels, run_id, full, reading, outcome, requests, *,
+                 read_at: datetime) -> None:
     mapped: list[Mapped] = []
     rejected: list[polls.Rejected] = []
     accepted_refs: list[str] = []
@@ -136,7 +162,7 @@ def _commit_page(db, domain, cfg, raw_records, channels, run_id, full, reading, 
     writes = polls.commit_page(
         db, domain=domain, run_id=run_id, decide=lambda known: diff(records, known),
         keys=[record.key for record in records], rejected=rejected, accepted_refs=accepted_refs,
-        channels=channels, watermark=page_max, scan_id=run_id if full else None,
+        channels=channels, watermark=page_max, read_at=read_at, scan_id=run_id if full else None,
         records=len(raw_records), requests=requests,
     )
     outcome.pages += 1

@@ -17,6 +17,8 @@ from state.db import parse_stamp, stamp, transaction, utc_now
 class DomainState:
     domain: str
     watermark: datetime | None
+    watermark_seen_at: datetime | None
+    settled: datetime | None
     first_polled_at: datetime | None
     last_full_resync_at: datetime | None
     resync_requested: bool
@@ -55,12 +57,13 @@ class Rejected:
 def domain_state(db: Database, domain: str) -> DomainState:
     """The watermark and schedule facts of a domain (empty for a domain never polled)."""
     row = db.execute(
-        "SELECT watermark, first_polled_at, last_full_resync_at, resync_requested FROM domains WHERE domain = ?",
+        "SELECT watermark, watermark_seen_at, settled, first_polled_at, last_full_resync_at, resync_requested "
+        "FROM domains WHERE domain = ?",
         [domain],
     ).fetchone()
     if row is None:
-        return DomainState(domain, None, None, None, False)
-    return DomainState(domain, parse_stamp(row[0]), parse_stamp(row[1]), parse_stamp(row[2]), bool(row[3]))
+        return DomainState(domain, None, None, None, None, None, False)
+    return DomainState(domain, *(parse_stamp(value) for value in row[:5]), bool(row[5]))
 
 
 def snapshots(conn: sqlite3.Connection, domain: str, keys: Sequence[str]) -> dict[str, Snapshot]:
@@ -104,11 +107,14 @@ def commit_page(
     accepted_refs: Iterable[str],
     channels: Sequence[str],
     watermark: datetime | None,
+    read_at: datetime,
     scan_id: int | None,
     records: int,
     requests: int,
 ) -> list[SnapshotWrite]:
     """Store one page in ONE transaction: snapshots, versions, outbox rows, quarantine, watermark.
+
+    `read_at` is when the page was read; it is remembered with a raised watermark.
 
     `decide(existing_snapshots) -> list[SnapshotWrite]` runs inside the transaction, so the
     snapshots it diffs against cannot change underneath it. Returns the writes it made.
@@ -139,8 +145,9 @@ def commit_page(
         _resolve_quarantine(conn, domain, accepted_refs, now)
         if watermark is not None:
             conn.execute(
-                "UPDATE domains SET watermark = ? WHERE domain = ? AND (watermark IS NULL OR watermark < ?)",
-                [stamp(watermark), domain, stamp(watermark)],
+                "UPDATE domains SET watermark = ?, watermark_seen_at = ? "
+                "WHERE domain = ? AND (watermark IS NULL OR watermark < ?)",
+                [stamp(watermark), stamp(read_at), domain, stamp(watermark)],
             )
         conn.execute(
             "UPDATE poll_runs SET pages = pages + 1, records = records + ?, changed = changed + ?, "
@@ -186,11 +193,12 @@ def _resolve_quarantine(conn: sqlite3.Connection, domain: str, refs: Iterable[st
 
 
 def lower_watermark(db: Database, domain: str, ceiling: datetime) -> None:
-    """Pull the watermark back to `ceiling` when a poll found that it read past a gap."""
+    """Pull the watermark (and what counts as settled) back to `ceiling` when a poll read past a gap."""
     with transaction(db) as conn:
         conn.execute(
-            "UPDATE domains SET watermark = ? WHERE domain = ? AND watermark > ?",
-            [stamp(ceiling), domain, stamp(ceiling)],
+            "UPDATE domains SET watermark = ?, watermark_seen_at = ?, settled = MIN(settled, ?) "
+            "WHERE domain = ? AND watermark > ?",
+            [stamp(ceiling), stamp(), stamp(ceiling), domain, stamp(ceiling)],
         )
 
 
@@ -226,8 +234,9 @@ def finish_poll(
     reason: str | None = None,
     message: str | None = None,
     full_resync_done: bool = False,
+    settled: datetime | None = None,
 ) -> None:
-    """Close a poll run with its outcome ("ok", "failed", "interrupted")."""
+    """Close a poll run with its outcome ("ok", "failed", "interrupted"), and what it proved settled."""
     now = stamp()
     with transaction(db) as conn:
         conn.execute(
@@ -239,6 +248,12 @@ def finish_poll(
                 "UPDATE domains SET last_full_resync_at = ?, resync_requested = 0 "
                 "WHERE domain = (SELECT domain FROM poll_runs WHERE id = ?)",
                 [now, run_id],
+            )
+        if settled is not None:
+            conn.execute(
+                "UPDATE domains SET settled = ? WHERE domain = (SELECT domain FROM poll_runs WHERE id = ?) "
+                "AND (settled IS NULL OR settled < ?)",
+                [stamp(settled), run_id, stamp(settled)],
             )
 
 

@@ -13,7 +13,9 @@ MIGRATIONS: list[str] = [
 
     CREATE TABLE domains (
         domain TEXT PRIMARY KEY,
-        watermark TEXT,
+        watermark TEXT,            -- the newest updated time read
+        watermark_seen_at TEXT,    -- when (our clock) the watermark was last raised
+        settled TEXT,              -- every record updated at or before this has been read
         first_polled_at TEXT,
         last_full_resync_at TEXT,
         resync_requested INTEGER NOT NULL DEFAULT 0

@@ -14,7 +14,7 @@ from adapters.sources.rest import Page, RestSource
 from connector.config import parse_config
 from connector.erp_budget import ErpBudget, erp_client
 from connector.poller import poll_once
-from state.db import open_state
+from state.db import open_state, parse_stamp
 
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
 
@@ -162,6 +162,63 @@ def test_an_idle_domain_costs_one_request_per_poll(tmp_path):
         poll(db, cfg, source)
     assert route.call_count == 5
     assert db.execute("SELECT sum(requests), sum(changed) FROM poll_runs").fetchone() == (5, 1)
+
+
+class FilteringSource:
+    """An ERP endpoint: records at or after `since`, sorted by time, in pages of `page_size`."""
+
+    def __init__(self, records: list[dict], page_size: int) -> None:
+        self.records, self.page_size, self.requests = records, page_size, 0
+
+    async def pages(self, since):
+        chosen = sorted((r for r in self.records if since is None or datetime.fromisoformat(r["modified"]) >= since),
+                        key=lambda r: r["modified"])
+        for number, start in enumerate(range(0, max(len(chosen), 1), self.page_size), start=1):
+            self.requests += 1
+            yield Page(number, chosen[start:start + self.page_size])
+
+
+def test_after_a_burst_an_idle_domain_settles_back_to_one_request_per_poll(tmp_path):
+    db, cfg = open_state(tmp_path / "s.db"), config(lookback="1m")
+    # 250 changes within 25 s: all inside one lookback window, three pages of 100
+    burst = [{**rec(f"K{n}", n), "modified": (T0 + timedelta(milliseconds=100 * n)).isoformat()} for n in range(250)]
+    source = FilteringSource(burst, page_size=100)
+    watermark = T0 + timedelta(milliseconds=24_900)
+    costs = []
+    for seconds in (30, 35, 100, 110, 120, 130):  # our clock at each poll; the burst ended at +25 s
+        before = source.requests
+        outcome = asyncio.run(poll_once(db, "inventory", cfg.domains.inventory, source, ["shop"],
+                                        clock=lambda s=seconds: T0 + timedelta(seconds=s)))
+        assert outcome.status == "ok"
+        costs.append(source.requests - before)
+    # +35 s: the window is not settled yet (a commit stamped +24.9 s may still land until +84.9 s),
+    # +100 s: still re-reads what +35 s could not settle, then everything up to the watermark is settled
+    assert costs == [3, 3, 3, 1, 1, 1]
+    since = [parse_stamp(row[0]) for row in db.execute("SELECT since FROM poll_runs ORDER BY id")]
+    assert since[1] == watermark - timedelta(minutes=1)
+    assert since[2] == watermark - timedelta(seconds=55)  # settled by the +35 s poll: 5 s elapsed of the 60 s lookback
+    assert since[3:] == [watermark] * 3
+    assert db.execute("SELECT sum(changed) FROM poll_runs").fetchone() == (250,)
+
+
+def test_a_change_after_settling_is_read_with_the_full_lookback_again(tmp_path):
+    db, cfg = open_state(tmp_path / "s.db"), config(lookback="1m")
+    records = [rec("A", 1, 0)]
+    source = FilteringSource(records, page_size=100)
+
+    def poll_at(seconds: float):
+        return asyncio.run(poll_once(db, "inventory", cfg.domains.inventory, source, ["shop"],
+                                     clock=lambda: T0 + timedelta(seconds=seconds)))
+
+    for seconds in (1, 120, 240):
+        poll_at(seconds)
+    records.append(rec("B", 2, 5))            # stamped +5m, read at +5m10s: the watermark moves
+    assert poll_at(310).changed == 1
+    records.append(rec("C", 3, 4))            # a late commit stamped +4m, inside the lookback of +5m
+    assert poll_at(320).changed == 1
+    since = [parse_stamp(row[0]) for row in db.execute("SELECT since FROM poll_runs ORDER BY id")]
+    assert since[3] == T0  # settled up to the old watermark, not beyond it
+    assert since[4] == T0 + timedelta(minutes=4)  # watermark +5m minus the lookback: the settled point does not hide C
 
 
 def test_the_erp_budget_spaces_requests_of_all_domains(tmp_path):

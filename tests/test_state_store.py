@@ -41,7 +41,7 @@ def page(db, run: int, writes, *, rejected=(), accepted=(), watermark=None, chan
     writes = list(writes)
     return polls.commit_page(
         db, domain="inventory", run_id=run, decide=decide or (lambda known: writes), keys=[w.key for w in writes],
-        rejected=list(rejected), accepted_refs=list(accepted), channels=list(channels), watermark=watermark,
+        rejected=list(rejected), accepted_refs=list(accepted), channels=list(channels), watermark=watermark, read_at=utc_now(),
         scan_id=None, records=len(writes) + len(rejected), requests=1,
     )
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from connector.cli import app
 from connector.config import load_config
 from state import outbox, polls
-from state.db import open_state
+from state.db import open_state, utc_now
 from tests.conftest import BASE_TOML, ENV
 
 
@@ -28,7 +28,7 @@ def test_status_shows_polls_pending_changes_and_dead_letters(write_toml, monkeyp
     writes = [_write(f"SKU-{n}", 1) for n in range(5)]
     polls.commit_page(db, domain="inventory", run_id=run, decide=lambda known: writes, keys=[w.key for w in writes],
                       rejected=[polls.Rejected("SKU-X", "BAD_VALUE", "on_hand: 'lots'", "{}", "abc")],
-                      accepted_refs=[], channels=["store"], watermark=datetime(2026, 11, 25, 9, 30, tzinfo=timezone.utc),
+                      accepted_refs=[], channels=["store"], watermark=datetime(2026, 11, 25, 9, 30, tzinfo=timezone.utc), read_at=utc_now(),
                       scan_id=run, records=6, requests=1)
     polls.finish_poll(db, run, status="ok", requests=1, full_resync_done=True)
     batch = outbox.claim_batch(db, "store", 2)
