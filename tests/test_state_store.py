@@ -95,6 +95,7 @@ def test_a_fresh_path_gets_the_schema_wal_and_the_marker_and_reopening_keeps_eve
     assert path.exists()
     assert ERPSYNC_TABLES <= set(db.table_names())
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: a commit survives a power cut
     assert dict(rows(db, "SELECT key, value FROM erpsync_meta")) == {"app": APP_ID, "schema_version": str(SCHEMA_VERSION)}
     run = polls.start_poll(db, "inventory", None, False)
     page(db, run, [change("A", 1, 5)], watermark=T0)
