@@ -80,8 +80,6 @@ async def poll_once(
         async for page in source.pages(since):
             _commit_page(db, domain, cfg, page.records, channels, run_id, full, reading, outcome,
                          source.requests - requests_before, read_at=clock())
-            if outcome.changed:
-                on_change()
             if stop is not None and stop.is_set():
                 raise Stopping()
         if full:
@@ -111,6 +109,8 @@ async def poll_once(
             settled=settled_by(state, cfg.lookback, started)
             if outcome.status == "ok" and reading.ceiling is None and not reading.unsorted else None,
         )
+    if outcome.changed or outcome.deleted:
+        on_change()  # once per poll, so a poll's changes go out in full batches (pushers also look every second)
     if outcome.status == "failed":
         log.warning("[%s] poll failed: %s: %s", domain, outcome.reason, outcome.message)
     elif outcome.changed or outcome.quarantined or outcome.deleted:

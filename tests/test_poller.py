@@ -221,6 +221,20 @@ def test_a_change_after_settling_is_read_with_the_full_lookback_again(tmp_path):
     assert since[4] == T0 + timedelta(minutes=4)  # watermark +5m minus the lookback: the settled point does not hide C
 
 
+def test_the_pushers_are_woken_once_per_poll_that_changed_something(tmp_path):
+    db, cfg = open_state(tmp_path / "s.db"), config()
+    wakes = []
+
+    def poll_with_wakes(source):
+        return asyncio.run(poll_once(db, "inventory", cfg.domains.inventory, source, ["shop"],
+                                     on_change=lambda: wakes.append(1)))
+
+    poll_with_wakes(ScriptedSource([rec("A", 1)], [rec("B", 1)], [rec("C", 1)]))
+    assert len(wakes) == 1  # three pages of changes, one wake: the batch is formed from the whole poll
+    poll_with_wakes(ScriptedSource([rec("A", 1)], [rec("B", 1)], [rec("C", 1)]))
+    assert len(wakes) == 1  # nothing changed, nobody woken
+
+
 def test_the_erp_budget_spaces_requests_of_all_domains(tmp_path):
     """Two domains' clients share one budget: 10 requests at 20/s span at least 9 gaps of 1/20 s.
 

@@ -138,6 +138,15 @@ async def drain(pusher: Pusher, limit: int = 50) -> int:
     return await asyncio.wait_for(go(), timeout=TIME_LIMIT)
 
 
+async def drain_through_webhook(db, cfg) -> int:
+    """Drain the outbox through the real webhook channel; returns how many batches were handled."""
+    adapter = webhook(cfg)
+    try:
+        return await drain(make_pusher(db, cfg, adapter))
+    finally:
+        await adapter.aclose()
+
+
 async def eventually(condition: Callable[[], bool], timeout: float = TIME_LIMIT) -> None:
     """Wait until condition() holds, failing the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -230,11 +239,7 @@ def test_a_retried_batch_keeps_its_idempotency_key_and_identical_body(tmp_path):
     async def scenario():
         db, cfg = open_state(tmp_path / "s.db"), config(max_attempts=3)
         await erp_changes(db, cfg, [rec("A", 1), rec("B", 2)])
-        adapter = webhook(cfg)
-        try:
-            assert await drain(make_pusher(db, cfg, adapter)) == 1
-        finally:
-            await adapter.aclose()
+        assert await drain_through_webhook(db, cfg) == 1
         assert route.call_count == 2
         first, second = (call.request for call in route.calls)
         [run_row] = push_runs(db)
@@ -254,11 +259,7 @@ def test_http_500_every_time_dead_letters_the_batch_after_max_attempts(tmp_path)
     async def scenario():
         db, cfg = open_state(tmp_path / "s.db"), config(max_attempts=3)
         await erp_changes(db, cfg, [rec("A", 1), rec("B", 2)])
-        adapter = webhook(cfg)
-        try:
-            assert await drain(make_pusher(db, cfg, adapter)) == 1
-        finally:
-            await adapter.aclose()
+        assert await drain_through_webhook(db, cfg) == 1
         assert route.call_count == 3
         assert [(k, v, reason) for k, v, reason, *_ in dead_letters(db)] == [
             ("A@MAIN", 1, "HTTP_500"), ("B@MAIN", 1, "HTTP_500")]
@@ -313,11 +314,7 @@ def test_http_400_dead_letters_the_batch_at_once_without_a_retry(tmp_path):
     async def scenario():
         db, cfg = open_state(tmp_path / "s.db"), config(max_attempts=5)
         await erp_changes(db, cfg, [rec("A", 1), rec("B", 2)])
-        adapter = webhook(cfg)
-        try:
-            assert await drain(make_pusher(db, cfg, adapter)) == 1
-        finally:
-            await adapter.aclose()
+        assert await drain_through_webhook(db, cfg) == 1
         assert route.call_count == 1
         assert [(k, reason, resolved) for k, _, reason, resolved, _ in dead_letters(db)] == [
             ("A@MAIN", "HTTP_400", None), ("B@MAIN", "HTTP_400", None)]
@@ -342,11 +339,7 @@ def test_a_per_change_error_dead_letters_only_that_change(tmp_path):
     async def scenario():
         db, cfg = open_state(tmp_path / "s.db"), config()
         await erp_changes(db, cfg, [rec("A", 1), rec("B", 2), rec("C", 3)])
-        adapter = webhook(cfg)
-        try:
-            assert await drain(make_pusher(db, cfg, adapter)) == 1
-        finally:
-            await adapter.aclose()
+        assert await drain_through_webhook(db, cfg) == 1
         assert route.call_count == 1
         assert [(k, v, reason) for k, v, reason, *_ in dead_letters(db)] == [("B@MAIN", 1, "VALIDATION")]
         message = db.execute("SELECT message, payload FROM dead_letters").fetchone()
