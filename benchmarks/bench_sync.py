@@ -41,17 +41,11 @@ if str(PROJECT_ROOT) not in sys.path:  # `python benchmarks/bench_sync.py` puts 
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from examples.launch import Simulator, start_simulator  # noqa: E402
+from tests.running import ENV, SIMULATOR_DOMAINS  # noqa: E402
+from tests.running import daemon_toml as simulator_toml  # noqa: E402
 
-ENV = {"BENCH_ERP_TOKEN": "bench-erp-token", "BENCH_SHOP_SECRET": "bench-shop-secret"}
 CHANGES = 1000  # changes per round in figures 2 and 4
 CHECK_EVERY = 0.1  # seconds between convergence checks
-
-DOMAIN_SECTIONS = {
-    "product": ("/api/products", 'sku = "item_code", title = "item_name", description = "description", status = "status"'),
-    "price": ("/api/prices", 'sku = "item_code", currency = "currency", amount = { path = "rate", type = "decimal" }'),
-    "inventory": ("/api/inventory", 'sku = "item_code", location = "warehouse", '
-                  'on_hand = { path = "qty_on_hand", type = "int" }, reserved = { path = "qty_reserved", type = "int" }'),
-}
 
 
 class BenchError(Exception):
@@ -88,9 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (state db, logs)")
     args = parser.parse_args(argv)
     args.domains = [d.strip() for d in args.domains.split(",") if d.strip()]
-    unknown = [d for d in args.domains if d not in DOMAIN_SECTIONS]
+    unknown = [d for d in args.domains if d not in SIMULATOR_DOMAINS]
     if unknown or not args.domains:
-        parser.error(f"--domains: unknown {unknown}; choose from {list(DOMAIN_SECTIONS)}")
+        parser.error(f"--domains: unknown {unknown}; choose from {list(SIMULATOR_DOMAINS)}")
     if "inventory" not in args.domains:
         parser.error("--domains must include inventory (figures 2 and 4 change inventory records)")
     if args.products < CHANGES:
@@ -107,43 +101,10 @@ def seconds_of(duration: str) -> float:
 
 
 def daemon_toml(args: argparse.Namespace, erp_url: str, shop_url: str, batch_size: int) -> str:
-    text = f"""
-[daemon]
-state = "state.db"
-log_level = "info"
-shutdown_timeout = "10s"
-
-[erp]
-base_url = "{erp_url}"
-max_requests_per_second = {args.erp_rate}
-max_concurrency = {args.erp_concurrency}
-timeout = "30s"
-auth = {{ type = "bearer", token_env = "BENCH_ERP_TOKEN" }}
-"""
-    for domain in args.domains:
-        path, fields = DOMAIN_SECTIONS[domain]
-        text += f"""
-[domains.{domain}]
-interval = "{args.interval}"
-lookback = "{args.lookback}"
-record = {{ key = "item_code", updated = "modified" }}
-fields = {{ {fields} }}
-request = {{ path = "{path}", page_size = {args.page_size}, max_pages = 100000, modified_param = "modified_after", pagination = {{ style = "cursor" }} }}
-"""
-    domains = ", ".join(f'"{d}"' for d in args.domains)
-    text += f"""
-[channels.store]
-kind = "webhook"
-url = "{shop_url}/erpsync"
-domains = [{domains}]
-max_requests_per_second = {args.shop_rate}
-burst = {args.shop_burst}
-batch_size = {batch_size}
-max_attempts = 5
-timeout = "30s"
-secret_env = "BENCH_SHOP_SECRET"
-"""
-    return text
+    """The integration tests' simulator configuration, at the benchmark's sizes and rates."""
+    return simulator_toml(erp_url, shop_url, interval=args.interval, lookback=args.lookback, erp_rate=args.erp_rate,
+                          erp_concurrency=args.erp_concurrency, shop_rate=args.shop_rate, shop_burst=args.shop_burst,
+                          batch_size=batch_size, domains=args.domains, page_size=args.page_size, timeout="30s")
 
 
 # --------------------------------------------------------------------------- processes
@@ -451,7 +412,7 @@ def idle_requests(args, daemon: Daemon, state: StateReader, erp: Simulator, labe
     elapsed = time.monotonic() - reset_at
     per_domain = {}
     for domain in args.domains:
-        path = DOMAIN_SECTIONS[domain][0]
+        path = SIMULATOR_DOMAINS[domain][0]
         polls, requests, records, changed = state.rows(
             "SELECT count(*), sum(requests), sum(records), sum(changed) FROM poll_runs "
             "WHERE domain = ? AND id > ? AND id <= ?", (domain, first, last))[0]
@@ -590,9 +551,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     try:
         progress(f"starting the simulators ({args.products:,} products) in {workdir}")
         erp = start_simulator("examples.erp_simulator", "--products", str(args.products), "--change-rate", "0",
-                              "--max-limit", "1000", "--token", ENV["BENCH_ERP_TOKEN"], timeout=300)
+                              "--max-limit", "1000", "--token", ENV["IT_ERP_TOKEN"], timeout=300)
         sims.append(erp)
-        shop = start_simulator("examples.storefront_simulator", "--rate", "0", "--secret-env", "BENCH_SHOP_SECRET",
+        shop = start_simulator("examples.storefront_simulator", "--rate", "0", "--secret-env", "IT_SHOP_SECRET",
                                env=ENV, timeout=60)
         sims.append(shop)
 

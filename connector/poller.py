@@ -85,7 +85,7 @@ async def poll_once(
         if full:
             _detect_deletions(db, domain, cfg, channels, run_id, reading, outcome)
         if reading.ceiling is not None:
-            polls.lower_watermark(db, domain, reading.ceiling)
+            polls.lower_watermark(db, domain, reading.ceiling, now=clock())
         if reading.unsorted:
             outcome.reason, outcome.message = "SOURCE_UNSORTED", (
                 "pages did not come in ascending order of the updated field; sort the ERP query by it "

@@ -192,13 +192,13 @@ def _resolve_quarantine(conn: sqlite3.Connection, domain: str, refs: Iterable[st
     )
 
 
-def lower_watermark(db: Database, domain: str, ceiling: datetime) -> None:
+def lower_watermark(db: Database, domain: str, ceiling: datetime, now: datetime) -> None:
     """Pull the watermark (and what counts as settled) back to `ceiling` when a poll read past a gap."""
     with transaction(db) as conn:
         conn.execute(
             "UPDATE domains SET watermark = ?, watermark_seen_at = ?, settled = MIN(settled, ?) "
             "WHERE domain = ? AND watermark > ?",
-            [stamp(ceiling), stamp(), stamp(ceiling), domain, stamp(ceiling)],
+            [stamp(ceiling), stamp(now), stamp(ceiling), domain, stamp(ceiling)],
         )
 
 

@@ -18,18 +18,21 @@ from state.db import StateError, open_state_readonly, utc_now
 ENV = {"IT_ERP_TOKEN": "it-erp-token", "IT_SHOP_SECRET": "it-shop-secret"}
 
 
+# domain -> (ERP simulator endpoint, field mapping)
+SIMULATOR_DOMAINS = {
+    "product": ("/api/products", 'sku = "item_code", title = "item_name", description = "description", status = "status"'),
+    "price": ("/api/prices", 'sku = "item_code", currency = "currency", amount = { path = "rate", type = "decimal" }'),
+    "inventory": ("/api/inventory", 'sku = "item_code", location = "warehouse", '
+                  'on_hand = { path = "qty_on_hand", type = "int" }, reserved = { path = "qty_reserved", type = "int" }'),
+}
+
+
 def daemon_toml(erp_url: str, shop_url: str, *, interval: str = "300ms", lookback: str = "3s",
                 erp_rate: float = 50, erp_concurrency: int = 2, shop_rate: float = 20, shop_burst: int = 5,
                 batch_size: int = 50, max_attempts: int = 5, domains=("product", "price", "inventory"),
-                full_resync: str | None = None) -> str:
+                full_resync: str | None = None, page_size: int = 100, timeout: str = "5s") -> str:
     """A configuration for the simulators: every domain they serve, one webhook channel."""
     resync = f'full_resync = "{full_resync}"' if full_resync else ""
-    sections = {
-        "product": ("/api/products", 'sku = "item_code", title = "item_name", description = "description", status = "status"'),
-        "price": ("/api/prices", 'sku = "item_code", currency = "currency", amount = { path = "rate", type = "decimal" }'),
-        "inventory": ("/api/inventory", 'sku = "item_code", location = "warehouse", '
-                      'on_hand = { path = "qty_on_hand", type = "int" }, reserved = { path = "qty_reserved", type = "int" }'),
-    }
     text = f"""
 [daemon]
 state = "state.db"
@@ -40,11 +43,11 @@ shutdown_timeout = "5s"
 base_url = "{erp_url}"
 max_requests_per_second = {erp_rate}
 max_concurrency = {erp_concurrency}
-timeout = "5s"
+timeout = "{timeout}"
 auth = {{ type = "bearer", token_env = "IT_ERP_TOKEN" }}
 """
     for domain in domains:
-        path, fields = sections[domain]
+        path, fields = SIMULATOR_DOMAINS[domain]
         text += f"""
 [domains.{domain}]
 interval = "{interval}"
@@ -52,7 +55,7 @@ lookback = "{lookback}"
 {resync}
 record = {{ key = "item_code", updated = "modified" }}
 fields = {{ {fields} }}
-request = {{ path = "{path}", page_size = 100, modified_param = "modified_after", pagination = {{ style = "cursor" }} }}
+request = {{ path = "{path}", page_size = {page_size}, modified_param = "modified_after", pagination = {{ style = "cursor" }} }}
 """
     text += f"""
 [channels.store]
@@ -63,7 +66,7 @@ max_requests_per_second = {shop_rate}
 burst = {shop_burst}
 batch_size = {batch_size}
 max_attempts = {max_attempts}
-timeout = "5s"
+timeout = "{timeout}"
 secret_env = "IT_SHOP_SECRET"
 """.replace("'", '"')
     return text
